@@ -365,3 +365,21 @@ def validate_batch(df: pd.DataFrame, *, source: str = "batch") -> BatchValidatio
     for col in NUMERICAL:
         valid[col] = valid[col].astype("int64")
     return BatchValidation(valid=valid.reset_index(drop=True), rejected=rejected, received=len(df))
+
+
+def scoring_features(df: pd.DataFrame, *, source: str = "table") -> pd.DataFrame:
+    """The feature columns of any table, typed for the model, without rejecting rows.
+
+    Missing feature columns or unusable column types raise ``ContractError``; codes the contract or
+    the model does not know are kept (the model treats unseen codes as missing).
+    """
+    if df.shape[0] == 0:
+        raise ContractError(f"{source}: the table is empty", reason="empty")
+    missing = [c for c in FEATURES if c not in df.columns]
+    if missing:
+        raise ContractError(f"{source}: missing columns {missing}", reason="missing_columns")
+    try:
+        coerced = _coerce(df[FEATURES], FEATURES, label=False)
+    except BatchRejected as exc:
+        raise ContractError(f"{source}: {exc}", reason="wrong_types", column=exc.column) from None
+    return coerced.df

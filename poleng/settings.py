@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     """Everything configurable about poleng. Construct with ``Settings()``; override by environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="POLENG_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="POLENG_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        protected_namespaces=(),
     )
 
     # --- where state lives --------------------------------------------------------------
@@ -75,6 +79,7 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite ledger.")
     max_bad_row_share: float = Field(default=0.2, ge=0, le=1, description="Above: quarantine batch.")
     claim_timeout_s: int = Field(default=900, description="A claim older than this may be taken over.")
+    max_attempts: int = Field(default=5, ge=1, description="Retryable failures before a batch is quarantined.")
 
     # --- drift ---------------------------------------------------------------------------------
     drift_num_threshold: float = Field(default=0.1, description="Normed Wasserstein distance limit.")
@@ -83,13 +88,54 @@ class Settings(BaseSettings):
     drift_top_k: int = Field(default=5, ge=0, description="A drifted top-k important feature = drift.")
     drift_score_threshold: float = Field(default=0.1, description="Wasserstein limit on the scores.")
     drift_contact_rate_tolerance: float = Field(default=0.1, description="Allowed contact-rate move.")
-    drift_min_rows: int = Field(default=500, description="Smaller batches: checked, flagged too small.")
+    drift_min_rows: int = Field(default=2_000, description="Smaller batches: checked, flagged too small.")
     drift_reference_rows: int = Field(default=20_000, description="Reference sample size.")
 
     # --- retraining ------------------------------------------------------------------------------
     retrain_min_field_rows: int = Field(default=1_000, description="Labelled rows needed to retrain.")
+    field_eval_share: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of new field rows kept out of training for evaluation."
+    )
     retrain_debounce_n: int = Field(default=1, ge=1, description="Retrain when N of the last M drifted.")
     retrain_debounce_m: int = Field(default=1, ge=1)
+
+    # --- service stack ---------------------------------------------------------------------------
+    # Read by the native stack (poleng.stack); docker-compose.yml reads the same names from .env.
+    # Each field accepts POLENG_<FIELD> and the .env.example name. No real secret has a default:
+    # an unset password or S3 secret is generated once into <home>/stack/secrets.json (mode 0600).
+    stack_bind_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("POLENG_STACK_BIND_HOST", "BIND_ADDRESS"),
+        description="Address the native stack's servers listen on (compose: published-port address).",
+    )
+    stack_pg_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("POLENG_STACK_PG_URL"),
+        description="Existing PostgreSQL server URL (any database); the native stack then starts none.",
+    )
+    pg_port: int = Field(default=5432, validation_alias=AliasChoices("POLENG_PG_PORT", "POSTGRES_PORT"))
+    pg_user: str = Field(default="poleng", validation_alias=AliasChoices("POLENG_PG_USER", "POSTGRES_USER"))
+    pg_password: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("POLENG_PG_PASSWORD", "POSTGRES_PASSWORD"),
+        description="PostgreSQL password; unset: generated into the state dir (native stack only).",
+    )
+    mlflow_db: str = Field(default="mlflow", validation_alias=AliasChoices("POLENG_MLFLOW_DB", "MLFLOW_DB"))
+    ledger_db: str = Field(default="poleng", validation_alias=AliasChoices("POLENG_LEDGER_DB", "LEDGER_DB"))
+    s3_port: int = Field(default=8333, validation_alias=AliasChoices("POLENG_S3_PORT", "S3_PORT"))
+    s3_bucket: str = Field(
+        default="mlflow", validation_alias=AliasChoices("POLENG_S3_BUCKET", "MLFLOW_BUCKET")
+    )
+    s3_access_key: str = Field(
+        default="poleng", validation_alias=AliasChoices("POLENG_S3_ACCESS_KEY", "S3_ACCESS_KEY")
+    )
+    s3_secret_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("POLENG_S3_SECRET_KEY", "S3_SECRET_KEY"),
+        description="S3 secret key (MLflow server only); unset: generated into the state dir.",
+    )
+    mlflow_port: int = Field(default=5000, validation_alias=AliasChoices("POLENG_MLFLOW_PORT", "MLFLOW_PORT"))
+    mage_port: int = Field(default=6789, validation_alias=AliasChoices("POLENG_MAGE_PORT", "MAGE_PORT"))
 
     @field_validator("home", "data", mode="after")
     @classmethod
