@@ -121,7 +121,8 @@ def main() -> None:
     print(f"gap a-b = {f['a'] - f['b']:.4f}; |c-a| = {abs(f['c'] - f['a']):.4f}")
     print(
         f"timings: generate {f['t_generate']:.2f}s, split {f['t_split']:.2f}s, "
-        f"fit 1 {f['t_fit_1']:.1f}s ({f['rounds_1']:.0f} rounds), fit 2 {f['t_fit_2']:.1f}s ({f['rounds_2']:.0f} rounds)"
+        f"fit 1 {f['t_fit_1']:.1f}s ({f['rounds_1']:.0f} rounds), "
+        f"fit 2 {f['t_fit_2']:.1f}s ({f['rounds_2']:.0f} rounds)"
     )
 
 

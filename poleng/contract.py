@@ -159,7 +159,7 @@ def _coerce(df: pd.DataFrame, columns: list[str], label: bool) -> _Coerced:
     out = df.copy()
     errors: dict[str, pd.Series] = {}
     int_cols = [*(c for c in columns if c in INTEGER_CODES), *([LABEL] if label else [])]
-    for col in columns:
+    for col in [*columns, *([LABEL] if label else [])]:
         s = out[col]
         if col in int_cols:
             if pd.api.types.is_bool_dtype(s):

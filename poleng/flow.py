@@ -273,6 +273,7 @@ def _process_claimed(path: Path, batch_id: str, ctx: _Context, result: BatchResu
         )
     valid = checked.valid
     result.durations["validate"] = time.perf_counter() - t
+    _fault_point(s, "validate")
 
     # 2. score once with the champion ---------------------------------------------------------
     t = time.perf_counter()
@@ -288,6 +289,7 @@ def _process_claimed(path: Path, batch_id: str, ctx: _Context, result: BatchResu
     result.durations["drift"] = time.perf_counter() - t
     ledger.update(batch_id, drift=verdict.drifted, drift_summary=result.drift_summary[:2000],
                   too_small=verdict.too_small, report_html=str(html), report_json=str(json_path))
+    _fault_point(s, "drift")
 
     # 4. retrain on drift when labels wait -----------------------------------------------------
     action = "scored"
@@ -336,6 +338,7 @@ def _process_claimed(path: Path, batch_id: str, ctx: _Context, result: BatchResu
     }
     _write_reason(stem.parent / f"{stem.name}.manifest.json", manifest)
     result.durations["write"] = time.perf_counter() - t
+    _fault_point(s, "contacts")
 
     result.contacts, result.model_version, result.action = len(contacts), champion.version, action
     result.contact_csv, result.contact_parquet = str(csv), str(parquet)
@@ -348,9 +351,19 @@ def _process_claimed(path: Path, batch_id: str, ctx: _Context, result: BatchResu
         rejected_rows_path=str(rejected_path) if rejected_path else None,
         error=alert, durations_json={k: round(v, 4) for k, v in result.durations.items()},
     )
+    _fault_point(s, "complete")
     # Only now does the original leave the inbox.
     _move(path, s.processed, f"{_short(batch_id)}__{path.name}")
     return result
+
+
+def _fault_point(s: Settings, step: str) -> None:
+    """Crash-test hook: with ``POLENG_FAULT_AFTER=<step>`` the process kills itself with SIGKILL here."""
+    if s.fault_after == step:
+        import signal
+
+        log.warning("fault injection: SIGKILL after %s", step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _debounced(actionable: bool, ledger: Ledger, s: Settings) -> bool:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite ledger.")
     max_bad_row_share: float = Field(default=0.2, ge=0, le=1, description="Above: quarantine batch.")
     claim_timeout_s: int = Field(default=900, description="A claim older than this may be taken over.")
+    fault_after: Literal["validate", "drift", "contacts", "complete"] | None = Field(
+        default=None, description="Testing only: SIGKILL this process after that step of a batch."
+    )
     max_attempts: int = Field(default=5, ge=1, description="Retryable failures before a batch is quarantined.")
 
     # --- drift ---------------------------------------------------------------------------------

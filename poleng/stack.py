@@ -622,6 +622,20 @@ def _up_s3(settings: Settings, timeout: float, echo: Echo) -> float | None:
     return elapsed
 
 
+def _remove_weed_sockets(settings: Settings) -> None:
+    """SeaweedFS puts gRPC sockets in the temp dir whatever -dir says and may leave some behind."""
+    import tempfile
+
+    if _port_open(_connect_host(settings), settings.s3_port):
+        return  # a SeaweedFS still serves these ports: its sockets are alive
+    ports = set(weed_ports(settings).values())
+    for tmp in {Path("/tmp"), Path(tempfile.gettempdir())}:
+        for sock in tmp.glob("seaweedfs-*.sock"):
+            port = sock.stem.rsplit("-", 1)[-1]
+            if port.isdigit() and int(port) in ports and sock.is_socket():
+                sock.unlink(missing_ok=True)
+
+
 def _bucket_ready(settings: Settings) -> bool:
     try:
         _ensure_bucket(settings)
@@ -789,6 +803,8 @@ def down(settings: Settings, *, timeout: float = STOP_TIMEOUT_S, echo: Echo = pr
         if _stop_service(settings, name, sig, timeout):
             stopped.append(name)
             echo(f"{name}: stopped")
+        if name == "s3":
+            _remove_weed_sockets(settings)
     return stopped
 
 

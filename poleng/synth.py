@@ -63,7 +63,7 @@ _RELIGION_INITIAL = np.array([0.1, -0.2, 0.25, -0.1, 0.0, 0.15, -0.15, 0.05, 0.2
 _RELIGION_LATER = np.array([-0.3, 0.1, 0.0, 0.2, 0.8, -0.8, 0.5, -0.2, 0.1, -0.5])
 _LATER_EFFECTS: dict[str, float] = {
     "intercept_scale": 1.4,  # country intercepts vary more than in the initial study
-    "education": 0.1,
+    "education": 0.25,
     "age": 0.3,
     "respint": 0.45,
     "interest": -0.6,
@@ -77,7 +77,6 @@ _LATER_EFFECTS: dict[str, float] = {
     "employment": 1.0,  # scale of the later employment effects
 }
 
-_DBG: dict = {}  # DEBUG
 _STR = np.array([str(i) for i in range(1000)], dtype=object)
 
 
@@ -259,7 +258,10 @@ def _generate(
     )  # 2 parents, 3 parents-in-law, 4 both
     lives_with_parents = np.where(rng.random(n) < p_lwp, lwp_kind, 1)
     household_size = np.clip(
-        1 + sp + children_number + (lives_with_parents > 1) * (1 + (lives_with_parents == 4))
+        1
+        + sp
+        + children_number
+        + (lives_with_parents > 1) * (1 + (lives_with_parents == 4))
         + rng.poisson(0.15 + 0.3 * np.maximum(fert[ci], 0), n),
         1,
         5,
@@ -325,16 +327,23 @@ def _generate(
     employment_sector = np.where(ever_worked, _gumbel_choice(rng, sec_scores, 1), 0)
     chief_earner = np.where(
         rng.random(n)
-        < _sigmoid(-0.2 + 1.4 * working + 0.6 * (1 - fem) - 1.4 * (lives_with_parents > 1) - 0.6 * fem * sp
-                   + 0.5 * (employment == 4)),
+        < _sigmoid(
+            -0.2
+            + 1.4 * working
+            + 0.6 * (1 - fem)
+            - 1.4 * (lives_with_parents > 1)
+            - 0.6 * fem * sp
+            + 0.5 * (employment == 4)
+        ),
         1,
         2,
     )
     inc_lat = 0.8 * ses + 0.35 * working + 0.7 * rng.standard_normal(n)
     savings = _ordinal(-inc_lat, [-0.7, 0.3, 0.9], 1)  # 1 saved .. 4 borrowed
     income_scale = _ordinal(inc_lat, [-0.6, 0.7], 1)
-    subjective_social_class = _ordinal(-(0.8 * ses + 0.2 * inc_lat + 0.45 * rng.standard_normal(n)),
-                                       [-1.6, -0.6, 0.4, 1.3], 1)  # 1 upper .. 5 lower
+    subjective_social_class = _ordinal(
+        -(0.8 * ses + 0.2 * inc_lat + 0.45 * rng.standard_normal(n)), [-1.6, -0.6, 0.4, 1.3], 1
+    )  # 1 upper .. 5 lower
     religion = _row_choice(rng, religion_p[ci], 1)
     mode = _row_choice(rng, mode_p[ci], 1)
     intprivacy = np.where(rng.random(n) < privacy_p[ci], 1, 2)
@@ -399,7 +408,6 @@ def _generate(
         + eff["employment"] * emp_late[employment - 1]
     )
     logit = np.where(late, logit_late, logit_init)
-    _DBG.update(b0=b0[ci], li=logit_init, ll=logit_late, late=late, interest=interest)  # DEBUG
     logit[~late] += _offset_for_rate(logit[~late], _RATE_INITIAL)
     if late.any():
         logit[late] += _offset_for_rate(logit[late], _RATE_LATER)
@@ -491,11 +499,8 @@ def subject_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4, as uuid.UUID(bytes=..., version=4) sets
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.tobytes().hex()
-    return np.array(
-        [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-         for i in range(0, 32 * n, 32)],
-        dtype=object,
-    )
+    hexes = (h[i : i + 32] for i in range(0, 32 * n, 32))
+    return np.array([f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}" for x in hexes], dtype=object)
 
 
 def _within_group_fraction(rng: np.random.Generator, keys: pd.DataFrame) -> np.ndarray:
@@ -528,9 +533,9 @@ def split_source(
     Every frame has the contract's columns plus ``subject_id`` (kept from the input if present,
     otherwise UUID4 strings drawn from ``seed``); rows are in a seeded random order.
     """
-    if not (0 < holdout_share and 0 < pool_share and holdout_share + pool_share < 1):
+    if not (holdout_share > 0 and pool_share > 0 and holdout_share + pool_share < 1):
         raise ValueError("holdout_share and pool_share must be positive and sum to less than 1")
-    if not (0 < later_eval_share and 0 < field_label_share and later_eval_share + field_label_share < 1):
+    if not (later_eval_share > 0 and field_label_share > 0 and later_eval_share + field_label_share < 1):
         raise ValueError("later_eval_share and field_label_share must be positive and sum to less than 1")
     if field_chunks < 1:
         raise ValueError(f"field_chunks must be at least 1, got {field_chunks}")
@@ -564,8 +569,10 @@ def split_source(
         np.where(frac[~is_later] <= holdout_share + pool_share, "initial_pool", "train"),
     )
     groups = np.array_split(rng.permutation(later_countries), field_chunks)
-    group_of = {int(c): g for g, members in enumerate(groups) for c in members}
-    later_group = np.array([group_of.get(int(c), -1) for c in code])
+    group_of = np.full(int(code.max()) + 1, -1)
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    later_group = group_of[code]
     f_late = frac[is_later]
     part[is_later] = np.where(
         f_late <= later_eval_share,

@@ -1,0 +1,5 @@
+"""`python -m poleng` is the `poleng` command."""
+
+from poleng.cli import main
+
+main()
