@@ -22,6 +22,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Generate or check survey tables.")
 app.add_typer(data_app, name="data")
+
+
+def _mount_stack() -> None:
+    from poleng.cli_stack import stack_app
+
+    app.add_typer(stack_app, name="stack", help="Start, stop and inspect the native service stack.")
+
+
+_mount_stack()
 # Wide tables when output is piped or captured (CI logs, Mage) instead of rich's 80-column default.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 180)
 err_console = Console(stderr=True, soft_wrap=True)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from poleng.ledger import ClaimOutcome, Ledger
 from poleng.settings import Settings
 
 log = logging.getLogger("poleng.flow")
+_T = TypeVar("_T")
 
 DATA_SUFFIXES = contract.SUPPORTED_SUFFIXES
 
@@ -112,6 +114,10 @@ def process_inbox(
     files = inbox_files(settings)
     if stop_after is not None:
         files = files[:stop_after]
+    if files:
+        from poleng import scoring
+
+        scoring.load_champion(settings)  # fail fast, with a clear message, before claiming anything
     results: list[BatchResult] = []
     ctx = _Context(settings, ledger, owner)
     try:
@@ -164,6 +170,10 @@ def process_file(path: Path, ctx: _Context) -> BatchResult:
     s, ledger = ctx.settings, ctx.ledger
     batch_id = datasets.file_hash(path)
     result = BatchResult(file_name=path.name, batch_id=batch_id, status="")
+    wait = retry_wait_s(ledger.get(batch_id), s)
+    if wait > 0:
+        result.status, result.reason = "waiting_retry", f"retry in {wait:.0f} s"
+        return result
     claim = ledger.claim(batch_id, path.name, ctx.owner, s.claim_timeout_s)
     if claim.outcome == ClaimOutcome.BUSY:
         result.status = "busy"
@@ -191,17 +201,57 @@ def process_file(path: Path, ctx: _Context) -> BatchResult:
     except Exception as exc:  # infrastructure trouble: leave the file for a later retry
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
         log.warning("batch %s (%s) failed, will retry: %s", _short(batch_id), path.name, message)
-        attempts = (ledger.get(batch_id).attempts if ledger.get(batch_id) else 1)
-        if attempts >= s.max_attempts:
-            _quarantine(path, ctx, batch_id, "processing_failed",
-                        f"gave up after {attempts} attempts: {message}", result)
-            return result
+        # The ledger's database may be what failed (e.g. PostgreSQL restarting). Wait for it (up to
+        # LEDGER_RETRY_S) rather than give up: an unrecorded failure leaves the claim `processing`,
+        # which blocks the batch until claim_timeout_s.
         try:
-            ledger.fail_retryable(batch_id, ctx.owner, message)
-        except Exception as ledger_exc:  # the ledger itself may be what is down
+            record = _ledger_retry(lambda: ledger.get(batch_id))
+            attempts = record.attempts if record else 1
+            if attempts >= s.max_attempts:
+                _ledger_retry(lambda: _quarantine(path, ctx, batch_id, "processing_failed",
+                                                  f"gave up after {attempts} attempts: {message}", result))
+                return result
+            _ledger_retry(lambda: ledger.fail_retryable(batch_id, ctx.owner, message))
+        except Exception as ledger_exc:  # still down: the claim is taken over after claim_timeout_s
             log.warning("could not record the failure of %s: %s", _short(batch_id), ledger_exc)
         result.status, result.error = "failed_retryable", message
         return result
+
+
+LEDGER_RETRY_S = 30.0  # how long a failure waits to be recorded while the ledger is unreachable
+
+
+def _ledger_retry(call: Callable[[], _T], *, budget_s: float = LEDGER_RETRY_S) -> _T:
+    """``call()``, retried (0.5 s doubling to 5 s) for up to ``budget_s`` while the database is unreachable.
+
+    Only connection-level errors are retried (``OperationalError``, ``InterfaceError``, an
+    invalidated connection); ledger decisions such as ``LostClaim`` propagate at once.
+    """
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except DBAPIError as exc:
+            transient = isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+            if not transient or time.monotonic() + delay > deadline:
+                raise
+            log.warning("ledger unreachable, retrying in %.1f s: %s", delay, str(exc).splitlines()[0])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def retry_wait_s(record: object, s: Settings) -> float:
+    """Seconds until a ``failed_retryable`` batch may be tried again (exponential backoff), else 0."""
+    from poleng.ledger import BatchRecord, BatchStatus
+
+    if not isinstance(record, BatchRecord) or record.status != BatchStatus.FAILED_RETRYABLE or not record.finished_at:
+        return 0.0
+    delay = min(s.retry_backoff_s * 2 ** max(record.attempts - 1, 0), s.retry_backoff_max_s)
+    elapsed = (datetime.now(UTC) - record.finished_at).total_seconds()
+    return max(delay - elapsed, 0.0)
 
 
 def _handle_scored_again(path: Path, record: object, result: BatchResult, s: Settings) -> BatchResult:

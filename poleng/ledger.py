@@ -672,3 +672,9 @@ class Ledger:
         with self._read() as conn:
             out.update({status: int(n) for status, n in conn.execute(stmt)})
         return out
+
+    def clear(self) -> None:
+        """Delete every batch and event (``poleng reset`` on a server ledger)."""
+        with self._write() as conn:
+            conn.execute(batch_events.delete())
+            conn.execute(batches.delete())

@@ -189,17 +189,26 @@ def later_country_auc(settings: Settings, version: str) -> float:
     return evaluate(y, model.score(splits.later_eval), settings.decision_threshold)["roc_auc"]
 
 
-def reset(settings: Settings) -> list[Path]:
+def reset(settings: Settings, *, keep: tuple[Path, ...] = ()) -> list[Path]:
     """Delete every piece of state this settings object points at; returns what was removed.
 
     Embedded mode: the whole state directory. With a tracking server: the registered model too.
+    ``keep``: entries of the state directory left alone (a running Mage's ``mage_data``, the native
+    stack's ``stack`` directory).
     """
     removed: list[Path] = []
     if not settings.is_embedded:
         registry.delete_model(settings)
+    if settings.ledger_url:  # a server ledger (an embedded one goes with the state directory)
+        from poleng.ledger import Ledger
+
+        with Ledger(settings.ledger_url) as ledger:
+            ledger.clear()
     scoring.clear_cache()
     if settings.home.exists():
         for child in sorted(settings.home.iterdir()):
+            if child in keep:
+                continue
             if child.is_dir():
                 shutil.rmtree(child)
             else:

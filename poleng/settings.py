@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     fault_after: Literal["validate", "drift", "contacts", "complete"] | None = Field(
         default=None, description="Testing only: SIGKILL this process after that step of a batch."
     )
+    retry_backoff_s: float = Field(
+        default=30.0, ge=0, description="First retry delay after a retryable failure; doubles each attempt."
+    )
+    retry_backoff_max_s: float = Field(default=900.0, ge=0, description="Longest retry delay.")
     max_attempts: int = Field(default=5, ge=1, description="Retryable failures before a batch is quarantined.")
 
     # --- drift ---------------------------------------------------------------------------------

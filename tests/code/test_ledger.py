@@ -332,3 +332,12 @@ def test_two_processes_claim_each_batch_once(ledger_url: str, tmp_path: Path, mo
             assert rec.claimed_by in ("p0", "p1")
         claims = [e for e in check.events() if e.event == "claimed" and e.detail and "owner=p" in e.detail]
         assert len(claims) == n
+
+
+def test_clear_empties_batches_and_events(ledger: Ledger) -> None:
+    ledger.claim(bid(1), "a.parquet", "w1")
+    ledger.complete(bid(1), "w1", contacts=3)
+    assert ledger.list() and ledger.events()
+    ledger.clear()
+    assert ledger.list() == [] and ledger.events() == []
+    assert ledger.claim(bid(1), "a.parquet", "w2").outcome == "claimed"

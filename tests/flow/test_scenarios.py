@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poleng import contract, registry, scenarios, scoring
+from poleng import contract, flow, registry, scenarios, scoring
 from poleng.ledger import Ledger
 from poleng.settings import Settings
 
@@ -73,7 +73,7 @@ def check_against_file_expectations(s: Settings, report: scenarios.SimulationRep
                 reason = json.loads(Path(f"{moved}.reason.json").read_text())
                 assert reason["reason"] == expect["reason"]
                 assert reason["detail"]
-        assert not list(s.inbox.glob("*.*")), "nothing may stay in the inbox"
+        assert not flow.inbox_files(s), "nothing may stay in the inbox"
     finally:
         ledger.close()
 
