@@ -45,7 +45,7 @@ def main() -> None:
     splits = lifecycle.prepare_source(s)
     pools = scenarios._Pools(splits, seed=7)
 
-    def batch(rows: int) -> "scenarios.pd.DataFrame":
+    def batch(rows: int) -> scenarios.pd.DataFrame:
         return pools.batch(scenarios.Step(kind="batch", rows=rows, mix={"initial_pool": 1.0}))
 
     champion = scoring.load_champion(s)

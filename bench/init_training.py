@@ -44,7 +44,6 @@ def main() -> None:
     peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     from mlflow import MlflowClient
-
     from poleng import registry
     from poleng.settings import Settings
 
@@ -70,7 +69,8 @@ def main() -> None:
 
     rows.append(("ROC AUC on later countries (never trained on)", f"{lifecycle.later_country_auc(s, '1'):.4f}"))
     width = max(len(k) for k, _ in rows)
-    print(f"poleng init, profile={args.profile}, rows={args.rows}, data={args.data or 'generated'}, cores={os.cpu_count()}")
+    source = args.data or "generated"
+    print(f"poleng init, profile={args.profile}, rows={args.rows}, data={source}, cores={os.cpu_count()}")
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
     print(f"state kept in {home}")

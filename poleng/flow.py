@@ -110,7 +110,6 @@ def process_inbox(
     """Process every file waiting in ``inbox/`` once; return one result per file looked at."""
     settings.ensure_dirs()
     owner = owner or owner_id()
-    ledger = Ledger(settings.resolved_ledger_url)
     files = inbox_files(settings)
     if stop_after is not None:
         files = files[:stop_after]
@@ -118,6 +117,7 @@ def process_inbox(
         from poleng import scoring
 
         scoring.load_champion(settings)  # fail fast, with a clear message, before claiming anything
+    ledger = Ledger(settings.resolved_ledger_url)  # after the check: a failed check leaks no pool
     results: list[BatchResult] = []
     ctx = _Context(settings, ledger, owner)
     try:
@@ -492,9 +492,8 @@ def retrain_on_drift(s: Settings, *, progress: bool = False) -> dict[str, object
             return None
     ts = datasets.info(str(plan["training_hash"]), s)
     eval_slice = pd.read_parquet(s.datasets / f"eval-{plan['eval_hash']}.parquet")
-    eval_df = pd.concat([lifecycle.prepare_source(s).holdout[contract.TABLE_COLUMNS], eval_slice],
-                        ignore_index=True)
-    outcome = lifecycle.train_and_decide(s, ts, reason="drift", progress=progress, eval_df=eval_df)
+    eval_sets = lifecycle.evaluation_sets(s, field_slice=eval_slice)
+    outcome = lifecycle.train_and_decide(s, ts, reason="drift", progress=progress, eval_sets=eval_sets)
     if outcome.decision.promoted:
         datasets.set_current(s, ts)
         datasets.set_current_eval_slice(s, str(plan["eval_hash"]))

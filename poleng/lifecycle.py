@@ -82,14 +82,23 @@ def prepare_source(settings: Settings, df: pd.DataFrame | None = None) -> synth.
     return splits
 
 
-def evaluation_data(settings: Settings) -> pd.DataFrame:
-    """Promotion evaluation data: the frozen initial holdout plus the newest labelled field slice."""
+EvalSets = dict[str, pd.DataFrame]
+
+
+def evaluation_sets(settings: Settings, field_slice: pd.DataFrame | None = None) -> EvalSets:
+    """Promotion evaluation data as named segments: the frozen initial-study holdout, plus the
+    newest labelled field slice (``field_slice`` if given, else the current one, if any)."""
     splits = prepare_source(settings)
-    parts = [splits.holdout[contract.TABLE_COLUMNS]]
-    newest = datasets.current_eval_slice(settings)
-    if newest is not None:
-        parts.append(newest[contract.TABLE_COLUMNS])
-    return pd.concat(parts, ignore_index=True)
+    sets: EvalSets = {"holdout": splits.holdout[contract.TABLE_COLUMNS].reset_index(drop=True)}
+    newest = datasets.current_eval_slice(settings) if field_slice is None else field_slice
+    if newest is not None and len(newest):
+        sets["field_slice"] = newest[contract.TABLE_COLUMNS].reset_index(drop=True)
+    return sets
+
+
+def evaluation_data(settings: Settings) -> pd.DataFrame:
+    """All evaluation segments in one table."""
+    return pd.concat(list(evaluation_sets(settings).values()), ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,20 +116,31 @@ class Outcome:
     eval_rows: int
 
 
-def decide(settings: Settings, version: str, eval_df: pd.DataFrame | None = None) -> Decision:
-    """Re-score the champion and ``version`` on the same evaluation data; apply the promotion rule."""
-    eval_df = evaluation_data(settings) if eval_df is None else eval_df
-    y = eval_df[LABEL].to_numpy()
+def decide(settings: Settings, version: str, eval_sets: EvalSets | None = None) -> Decision:
+    """Re-score the champion and ``version`` on the same evaluation data; apply the promotion rule.
+
+    The rule sees pooled metrics over all segments and the challenger's AUC on each segment.
+    """
+    eval_sets = evaluation_sets(settings) if eval_sets is None else eval_sets
+    pooled = pd.concat(list(eval_sets.values()), ignore_index=True)
+    y = pooled[LABEL].to_numpy()
+    threshold = settings.decision_threshold
     challenger = scoring.load_version(settings, version)
-    challenger_metrics = evaluate(y, challenger.score(eval_df), settings.decision_threshold)
+    p = challenger.score(pooled)
+    challenger_metrics = evaluate(y, p, threshold)
+    segments, start = {}, 0
+    for name, frame in eval_sets.items():
+        part = slice(start, start + len(frame))
+        segments[name] = evaluate(y[part], p[part], threshold)["roc_auc"]
+        start += len(frame)
     champion_version = registry.alias_version(settings, registry.CHAMPION)
     champion_metrics = None
     if champion_version is not None and champion_version != version:
         champion = scoring.load_version(settings, champion_version)
-        champion_metrics = evaluate(y, champion.score(eval_df), settings.decision_threshold)
-    decision = PromotionRule.from_settings(settings).decide(challenger_metrics, champion_metrics)
+        champion_metrics = evaluate(y, champion.score(pooled), threshold)
+    decision = PromotionRule.from_settings(settings).decide(challenger_metrics, champion_metrics, segments)
     registry.apply_decision(
-        settings, version, decision, eval_rows=len(eval_df), eval_hash=datasets.content_hash(eval_df)[:16]
+        settings, version, decision, eval_rows=len(pooled), eval_hash=datasets.content_hash(pooled)[:16]
     )
     return decision
 
@@ -131,11 +151,11 @@ def train_and_decide(
     *,
     reason: str,
     progress: bool = True,
-    eval_df: pd.DataFrame | None = None,
+    eval_sets: EvalSets | None = None,
 ) -> Outcome:
     """Tune and log a model on a stored training set, register it as challenger, apply the rule.
 
-    ``eval_df`` defaults to :func:`evaluation_data` (frozen holdout + newest labelled field slice).
+    ``eval_sets`` defaults to :func:`evaluation_sets` (frozen holdout + newest labelled field slice).
     """
     from poleng import training
 
@@ -150,10 +170,10 @@ def train_and_decide(
     }
     version = registry.register(settings, result.model_uri, result.run_id, tags)
     before = registry.alias_version(settings, registry.CHAMPION)
-    eval_df = evaluation_data(settings) if eval_df is None else eval_df
-    decision = decide(settings, version, eval_df)
+    eval_sets = evaluation_sets(settings) if eval_sets is None else eval_sets
+    decision = decide(settings, version, eval_sets)
     after = registry.alias_version(settings, registry.CHAMPION)
-    return Outcome(version, decision, result, before, after, len(eval_df))
+    return Outcome(version, decision, result, before, after, sum(len(f) for f in eval_sets.values()))
 
 
 def init_project(settings: Settings, *, progress: bool = True) -> Outcome:

@@ -8,7 +8,7 @@ challenger's version. Nothing else in the project calls the registry API.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,12 @@ class RegistryError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PromotionRule:
-    """Promote only if the challenger's AUC clears a floor AND beats the champion's by ``min_gain``,
-    and its Brier score is not worse than the champion's by more than ``brier_tolerance``."""
+    """Promote only if the challenger's pooled AUC clears a floor AND beats the champion's by
+    ``min_gain``, its Brier score is not worse than the champion's by more than
+    ``brier_tolerance``, and its AUC on *every* evaluation segment (the frozen holdout, the newest
+    field slice) clears the floor too. The segment floor catches labelled data that carries no
+    learnable signal (e.g. corrupted labels): a better-calibrated challenger can win the pooled
+    figures on such data while ranking its own segment no better than chance."""
 
     min_auc: float
     min_gain: float
@@ -44,24 +48,33 @@ class PromotionRule:
     def from_settings(cls, settings: Settings) -> PromotionRule:
         return cls(settings.promotion_min_auc, settings.promotion_min_gain, settings.promotion_brier_tolerance)
 
-    def decide(self, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
+    def decide(
+        self,
+        challenger: dict[str, float],
+        champion: dict[str, float] | None,
+        segments: dict[str, float] | None = None,
+    ) -> Decision:
+        """``challenger``/``champion``: pooled metrics; ``segments``: challenger AUC per segment."""
         auc, brier = challenger["roc_auc"], challenger["brier"]
-        if champion is None:
-            ok = auc >= self.min_auc
-            reason = "first champion" if ok else f"AUC {auc:.4f} below floor {self.min_auc:.4f}"
-            return Decision(ok, reason, auc, brier, None, None, self)
-        c_auc, c_brier = champion["roc_auc"], champion["brier"]
+        segments = segments or {}
         failures = []
         if not auc >= self.min_auc:
             failures.append(f"AUC {auc:.4f} below floor {self.min_auc:.4f}")
+        for name, seg_auc in segments.items():
+            if not seg_auc >= self.min_auc:
+                failures.append(f"AUC on {name} {seg_auc:.4f} below floor {self.min_auc:.4f}")
+        if champion is None:
+            reason = "; ".join(failures) if failures else "first champion"
+            return Decision(not failures, reason, auc, brier, None, None, self, segments)
+        c_auc, c_brier = champion["roc_auc"], champion["brier"]
         if not auc >= c_auc + self.min_gain:
             failures.append(f"AUC gain {auc - c_auc:+.4f} below required {self.min_gain:+.4f}")
         if not brier <= c_brier + self.brier_tolerance:
             failures.append(f"Brier {brier:.4f} worse than champion {c_brier:.4f} beyond {self.brier_tolerance}")
         if failures:
-            return Decision(False, "; ".join(failures), auc, brier, c_auc, c_brier, self)
-        return Decision(True, f"AUC {auc:.4f} vs {c_auc:.4f} (gain {auc - c_auc:+.4f})", auc, brier, c_auc, c_brier,
-                        self)
+            return Decision(False, "; ".join(failures), auc, brier, c_auc, c_brier, self, segments)
+        reason = f"AUC {auc:.4f} vs {c_auc:.4f} (gain {auc - c_auc:+.4f})"
+        return Decision(True, reason, auc, brier, c_auc, c_brier, self, segments)
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class Decision:
     champion_auc: float | None
     champion_brier: float | None
     rule: PromotionRule
+    segments: dict[str, float] = field(default_factory=dict)  # challenger AUC per evaluation segment
 
     def tags(self, *, eval_rows: int, eval_hash: str, champion_version: str | None) -> dict[str, str]:
         def fmt(v: float | None) -> str:
@@ -92,6 +106,7 @@ class Decision:
             "rule_min_auc": str(self.rule.min_auc),
             "rule_min_gain": str(self.rule.min_gain),
             "rule_brier_tolerance": str(self.rule.brier_tolerance),
+            **{f"decision_challenger_auc_{name}": fmt(v) for name, v in self.segments.items()},
         }
 
 
@@ -121,7 +136,9 @@ def register(settings: Settings, source_uri: str, run_id: str, tags: dict[str, s
         c.create_registered_model(
             settings.model_name, description="P(politically disengaged) from survey answers; see docs/."
         )
-    mv = c.create_model_version(settings.model_name, source_uri, run_id=run_id, tags=tags)
+    # MLflow 3 logged models: a tracking server accepts a `models:/m-<id>` source only with its model_id.
+    model_id = source_uri.removeprefix("models:/") if source_uri.startswith("models:/m-") else None
+    mv = c.create_model_version(settings.model_name, source_uri, run_id=run_id, tags=tags, model_id=model_id)
     c.set_registered_model_alias(settings.model_name, CHALLENGER, mv.version)
     return str(mv.version)
 

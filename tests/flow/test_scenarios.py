@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poleng import contract, flow, registry, scenarios, scoring
+from poleng import contract, datasets, flow, registry, scenarios, scoring
 from poleng.ledger import Ledger
 from poleng.settings import Settings
 
@@ -130,9 +130,11 @@ def test_unreliable_source_challenger_rejected(fresh_state: Settings) -> None:
     (r,) = report.results
     assert r.retrain is not None and r.retrain["promoted"] is False
     assert r.model_version == "1" and report.champion_after == "1"
-    assert registry.version_tags(s, "2")["decision"] == "rejected"
+    tags = registry.version_tags(s, "2")
+    assert tags["decision"] == "rejected"
+    assert "AUC on field_slice" in tags["decision_reason"] and "below floor" in tags["decision_reason"]
     # The corrupted set is kept for audit but does not become the base of the next training.
-    assert registry.version_tags(s, "1")["training_data_hash"] == scenarios.datasets.current(s).hash
+    assert registry.version_tags(s, "1")["training_data_hash"] == datasets.current(s).hash
 
 
 @pytest.mark.slow

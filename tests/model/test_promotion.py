@@ -30,6 +30,20 @@ def test_promotion_rule(challenger, champion, promoted: bool, why: str) -> None:
     assert why in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("segments", "promoted", "why"),
+    [
+        ({"holdout": 0.78, "field_slice": 0.74}, True, "gain"),
+        ({"holdout": 0.78, "field_slice": 0.51}, False, "AUC on field_slice 0.5100 below floor"),
+        ({"holdout": 0.55, "field_slice": 0.74}, False, "AUC on holdout 0.5500 below floor"),
+    ],
+)
+def test_promotion_rule_floors_every_segment(segments: dict[str, float], promoted: bool, why: str) -> None:
+    decision = RULE.decide({"roc_auc": 0.76, "brier": 0.18}, {"roc_auc": 0.70, "brier": 0.20}, segments)
+    assert decision.promoted is promoted
+    assert why in decision.reason
+
+
 def test_challenger_built_to_lose_is_rejected_and_recorded(fresh_state: Settings) -> None:
     s = fresh_state
     current = datasets.current(s)
@@ -47,6 +61,7 @@ def test_challenger_built_to_lose_is_rejected_and_recorded(fresh_state: Settings
     assert float(tags["decision_challenger_auc"]) < float(tags["decision_champion_auc"])
     assert tags["decision_champion_version"] == "1"
     assert int(tags["decision_eval_rows"]) == len(lifecycle.evaluation_data(s))
+    assert float(tags["decision_challenger_auc_holdout"]) < 0.6  # label noise: no better than chance
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback(s)
 
@@ -66,6 +81,7 @@ def test_promotion_then_rollback(fresh_state: Settings) -> None:
     tags = registry.version_tags(s, "2")
     assert tags["decision"] == "promoted"
     assert float(tags["decision_challenger_auc"]) >= float(tags["decision_champion_auc"]) + s.promotion_min_gain
+    assert float(tags["decision_challenger_auc_field_slice"]) >= s.promotion_min_auc
     # The new champion recovers on the later countries.
     assert lifecycle.later_country_auc(s, "2") > lifecycle.later_country_auc(s, "1") + 0.05
 

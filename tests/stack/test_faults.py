@@ -45,10 +45,12 @@ if TYPE_CHECKING:  # the fixture's type; conftest itself is loaded by pytest
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 SUFFIX = uuid.uuid4().hex[:8]
-BACKOFF_S = 1.0
+BACKOFF_S = 3.0  # 1 s made the immediate `waiting_retry` check depend on machine load
 BATCH_ROWS = 2500
 # Seconds per test and per phase, printed at the end of the module.
 TIMINGS: dict[str, dict[str, float]] = {}
+# What the failures looked like (error texts), printed with the timings.
+NOTES: dict[str, str] = {}
 
 
 # --- fixtures ------------------------------------------------------------------------------------------
@@ -95,10 +97,14 @@ def initialized(
     states = {s.name: s for s in stack.status(native_stack.settings)}
     assert all(states[n].state == "running" and states[n].healthy for n in ("postgres", "s3", "mlflow")), states
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_sep("-", "fault tests: seconds per phase")
-        for name, phases in TIMINGS.items():
-            reporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in phases.items()))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_sep("-", "fault tests: seconds per phase")
+            for name, phases in TIMINGS.items():
+                reporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in phases.items()))
+            for key, text in NOTES.items():
+                reporter.write_line(f"{key}: {text}")
 
 
 @pytest.fixture
@@ -217,37 +223,67 @@ def assert_scored_once(s: Settings, path: Path, batch_id: str, result: flow.Batc
     assert flow.process_inbox(s) == []  # nothing left, nothing stuck
 
 
-def _service_outage_case(native_stack: NativeStack, s: Settings, service: str, name: str) -> None:
-    """Cases 1 and 2: ``service`` is down while the champion has to be fetched."""
+def _service_outage_case(
+    native_stack: NativeStack, s: Settings, monkeypatch: pytest.MonkeyPatch, service: str, name: str
+) -> None:
+    """Cases 1 and 2: ``service`` stops while a batch is processed, before the champion is fetched.
+
+    ``process_inbox`` loads the champion before claiming anything (fail fast), so the outage is
+    injected after that check and after the claim (fault point ``validate``), with the model cache
+    cleared: the champion must then come from the server.
+    """
     timings = TIMINGS[name]
     path, batch_id = stage(s)
-    scoring.clear_cache()  # the champion must come from the server
-    with service_stopped(native_stack, service):
+    stopped: list[bool] = []
+
+    def stop_service(_s: Settings, step: str) -> None:
+        if step == "validate" and not stopped:
+            _stop(native_stack, service)
+            scoring.clear_cache()
+            stopped.append(True)
+
+    monkeypatch.setattr(flow, "_fault_point", stop_service)
+    try:
         t0 = time.monotonic()
         first = run(s)
-        timings["fail"] = round(time.monotonic() - t0, 1)
-        assert_left_for_retry(s, path, batch_id, first)
-        again = run(s)
+        timings["batch until failed_retryable"] = round(time.monotonic() - t0, 1)
+        # At once again: the batch waits out its backoff and is not claimed.
+        with Ledger(s.resolved_ledger_url) as ledger:
+            again = flow.process_file(path, flow._Context(s, ledger, flow.owner_id()))
         assert again.status == "waiting_retry", again
-        assert record(s, batch_id).attempts == 1, "a waiting batch is not claimed again"
+        assert stopped, "the fault was not injected"
+        assert_left_for_retry(s, path, batch_id, first)
+        NOTES[f"{name}: error recorded"] = first.error or ""
+        # A new run while the service is still down fails fast, before claiming anything.
         t0 = time.monotonic()
-    timings["restart"] = round(time.monotonic() - t0, 1)
+        with pytest.raises(Exception) as refused:  # NoChampionError (MLflow down) or MlflowException (S3)
+            flow.process_inbox(s)
+        timings["run refused while down"] = round(time.monotonic() - t0, 1)
+        NOTES[f"{name}: run while down"] = f"{refused.type.__name__}: {refused.value}".splitlines()[0][:300]
+        rec = record(s, batch_id)
+        assert rec.status is BatchStatus.FAILED_RETRYABLE and rec.attempts == 1, rec
+        assert path.exists() and contact_files(s) == []
+    finally:
+        t0 = time.monotonic()
+        _ensure_up(native_stack)
+        timings[f"{service} restart"] = round(time.monotonic() - t0, 1)
+    monkeypatch.setattr(flow, "_fault_point", lambda _s, _step: None)
     wait_for_retry(s, batch_id)
     t0 = time.monotonic()
     final = run(s)
-    timings["recover"] = round(time.monotonic() - t0, 1)
+    timings["recovery run"] = round(time.monotonic() - t0, 1)
     assert_scored_once(s, path, batch_id, final, attempts=2)
 
 
 # --- the cases -----------------------------------------------------------------------------------------
 
 
-def test_mlflow_server_down(native_stack: NativeStack, home: Settings) -> None:
-    _service_outage_case(native_stack, home, "mlflow", "test_mlflow_server_down")
+def test_mlflow_server_down(native_stack: NativeStack, home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _service_outage_case(native_stack, home, monkeypatch, "mlflow", "test_mlflow_server_down")
 
 
-def test_s3_down(native_stack: NativeStack, home: Settings) -> None:
-    _service_outage_case(native_stack, home, "s3", "test_s3_down")
+def test_s3_down(native_stack: NativeStack, home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _service_outage_case(native_stack, home, monkeypatch, "s3", "test_s3_down")
 
 
 def test_postgres_restarted_mid_batch(
