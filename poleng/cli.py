@@ -336,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:  # noqa: UP007 - typer 0.9 need
         if isinstance(exc, _user_errors()):
             err_console.print(f"[bold red]error:[/bold red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             sys.exit(1)
+        if type(exc).__name__ == "MlflowException":  # a tracking server that cannot be reached, say
+            err_console.print(f"[bold red]MLflow error:[/bold red] {_one_line(exc)[:600]}", highlight=False,
+                              soft_wrap=True)
+            sys.exit(2)
         raise
 
 

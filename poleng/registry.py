@@ -149,8 +149,11 @@ def alias_version(settings: Settings, alias: str) -> str | None:
 
     try:
         return str(client(settings).get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        # "No such model / alias" is an answer; a server that cannot be reached is not.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:

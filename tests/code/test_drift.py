@@ -250,7 +250,7 @@ def test_write_reports_and_json_round_trip(reference: drift.Reference, settings:
 def test_log_monitoring_run(reference: drift.Reference, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    settings = Settings(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = Settings(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", drift_min_rows=500)
     verdict, _ = drift.check_drift(reference, survey(600, 23), model_scores(600, 24), settings, "b-42")
     html, json_path = tmp_path / "b-42.html", tmp_path / "b-42.json"
     html.write_text("<html></html>", encoding="utf-8")

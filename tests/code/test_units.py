@@ -103,3 +103,19 @@ def test_every_scenario_file_loads_and_states_expectations() -> None:
 def test_unknown_scenario_is_a_clear_error() -> None:
     with pytest.raises(scenarios.ScenarioError, match="unknown scenario 'nope'; available: bad_batches"):
         scenarios.load("nope")
+
+
+def test_retrain_debounce_counts_this_batch_and_the_last_ones(tmp_path: Path) -> None:
+    from poleng.ledger import Ledger
+
+    s = make_settings(tmp_path, retrain_debounce_n=2, retrain_debounce_m=3)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    for i, drifted in enumerate([True, False, False]):  # oldest first
+        ledger.claim(f"{i:064d}", f"b{i}", "w")
+        ledger.complete(f"{i:064d}", "w", drift=drifted)
+    assert flow._debounced(True, ledger, s) is False  # last two clean: 1 of 3 drifted
+    ledger.claim(f"{9:064d}", "b9", "w")
+    ledger.complete(f"{9:064d}", "w", drift=True)
+    assert flow._debounced(True, ledger, s) is True  # this one + the previous: 2 of 3
+    assert flow._debounced(False, ledger, s) is False
+    ledger.close()

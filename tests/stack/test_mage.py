@@ -7,7 +7,7 @@
     and both must meet the scenario files' ``expect`` tables;
   - ``init_project`` through Mage once; copies of that home then run ``drift_batches``,
     ``drift_without_labels``, ``unreliable_source`` and ``full_simulation`` (checked against their
-    ``expect`` tables), and the home itself runs ``retrain_model`` and ``reset_project``.
+    ``expect`` tables), and the home itself finally runs ``reset_project``.
 * ``mage start`` in its own process group: login, an API trigger for ``process_batches`` scores a
   staged batch; the committed ``every_minute`` schedule is loaded; screenshots of the pipeline list.
 * The MLflow UI over the Mage-trained home shows the registered model with its ``champion`` alias.
@@ -54,6 +54,8 @@ MAGE = str(VENV_BIN / "mage")
 MAGE_FRONTEND_CLIENT_ID = "zkWlN0PkIKSN0C11CfUHUj84OT5XOJ6tDZ6bDRO2"
 MAGE_USER = {"email": "admin@admin.com", "password": "admin"}
 RUN_TIMEOUT_S = 900.0
+# At most this many runs at once: more only thrash 2 cores (each trains with 2 XGBoost threads).
+PARALLEL_RUNS = threading.BoundedSemaphore(3)
 
 PARITY = ("clean_batches", "bad_batches")  # Mage and CLI, chained in one home each
 FROM_INIT = ("drift_batches", "drift_without_labels", "unreliable_source", "full_simulation")
@@ -116,7 +118,8 @@ class Chain:
                 shutil.copytree(self.before.home, self.home, ignore=shutil.ignore_patterns("mage_data"))
             self.home.mkdir(parents=True, exist_ok=True)
             for step in self.steps:
-                step.returncode, step.seconds = _run_in_group(step.cmd, _env(self.home), self.log, step.label)
+                with PARALLEL_RUNS:
+                    step.returncode, step.seconds = _run_in_group(step.cmd, _env(self.home), self.log, step.label)
                 if step.returncode != 0:
                     break
                 step.output = _block_output(self.home, step.cmd)
@@ -211,9 +214,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     }
     for name in FROM_INIT:
         chains[name] = chain(name, [_mage_run(f"scenario_{name}")], before=init)
-    # The initialised home itself: a manual retrain, then a reset (after the copies were taken).
-    chains["lifecycle"] = Chain("lifecycle", init.home, [_mage_run("retrain_model"), _mage_run("reset_project")],
-                                base / "init" / "lifecycle.log")
+    # The initialised home itself is reset once the copies are done with it (their MLflow
+    # experiments keep artifacts under its mlartifacts/). retrain_model is left out: another
+    # training (~50 CPU-s) that the drift scenarios' retraining already covers.
+    chains["lifecycle"] = Chain("lifecycle", init.home, [_mage_run("reset_project")], base / "init" / "reset.log")
     handle = Runs(chains, time.monotonic())
     for c in chains.values():
         if c.name != "lifecycle":
@@ -317,17 +321,15 @@ def test_mage_scenario_expectations(runs: Runs, name: str) -> None:
     check_expectations(name, c.home, c.step(f"scenario_{name}").output)
 
 
-def test_mage_init_retrain_reset(runs: Runs) -> None:
+def test_mage_init_and_reset(runs: Runs) -> None:
     init = runs.wait("init")
     out = init.step("init_project").output
     assert out is not None and out["promoted"] and out["champion_after"] == out["version"] == "1", out
-    for name in FROM_INIT:  # the copies are taken: the home may now be retrained and reset
+    for name in FROM_INIT:  # the copies read artifacts under this home until they are done
         runs.chains[name].done.wait(RUN_TIMEOUT_S)
     lifecycle = runs.chains["lifecycle"]
     lifecycle.start()
     lifecycle.wait()
-    retrain = lifecycle.step("retrain_model").output
-    assert retrain is not None and retrain["version"] == "2" and retrain["champion_before"] == "1", retrain
     reset = lifecycle.step("reset_project").output
     assert reset is not None and "mlflow.db" in reset["removed"], reset
     assert sorted(p.name for p in lifecycle.home.iterdir()) == ["mage_data"], "Mage's own data is kept"
