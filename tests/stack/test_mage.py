@@ -279,8 +279,8 @@ def check_expectations(name: str, home: Path, summary: dict[str, Any] | None) ->
     assert not [p for p in s.inbox.iterdir() if p.is_file()], "nothing may stay in the inbox"
 
 
-def test_project_layout_and_scenario_pipelines(runs: Runs) -> None:
-    """Static checks (the headless runs started by the fixture meanwhile run in the background)."""
+def test_project_layout_and_scenario_pipelines() -> None:
+    """Static checks of the project: pipelines per scenario, schedule, concurrency, retention."""
     project = yaml.safe_load((PROJECT / "metadata.yaml").read_text())
     assert project["variables_retention_period"] and project["logging_config"]["retention_period"]
     assert "MAGE_DATA_DIR" in project["variables_dir"]
