@@ -216,10 +216,12 @@ def train(
             best = int(booster.best_iteration)
             auc = float(history["val"]["auc"][best])
             logloss = float(history["val"]["logloss"][best])
+            fit_seconds = time.perf_counter() - t0
             with mlflow.start_run(run_name=f"trial-{len(trial_seconds) + 1}", nested=True):
                 mlflow.set_tag("poleng.kind", "trial")
                 mlflow.log_params({k: round(v, 6) if isinstance(v, float) else v for k, v in point.items()})
-                mlflow.log_metrics({"val_roc_auc": auc, "val_log_loss": logloss, "best_iteration": best})
+                mlflow.log_metrics({"val_roc_auc": auc, "val_log_loss": logloss, "best_iteration": best,
+                                    "fit_seconds": fit_seconds})
             trial_seconds.append(time.perf_counter() - t0)
             if on_trial:
                 on_trial(len(trial_seconds), auc)

@@ -56,7 +56,7 @@ def test_init_registers_a_champion_with_metrics_artifacts_and_lineage(state: Set
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{v1.run_id}'")
     assert len(children) == state.n_trials
     for child in children:
-        assert {"val_roc_auc", "val_log_loss", "best_iteration"} <= set(child.data.metrics)
+        assert {"val_roc_auc", "val_log_loss", "best_iteration", "fit_seconds"} <= set(child.data.metrics)
         assert {"learning_rate", "max_depth", "subsample", "gamma"} <= set(child.data.params)
 
     # The registered model carries a signature and an input example, and loads by alias.
