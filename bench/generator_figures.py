@@ -14,47 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-import pandas as pd
-import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from poleng import synth
-from poleng.contract import CATEGORICAL, COUNTRY, FEATURES, LABEL, allowed_string_codes
-
-
-def to_matrix(df: pd.DataFrame, countries: list[str]) -> pd.DataFrame:
-    """Features with string codes as pandas categories over fixed category sets."""
-    x = df[FEATURES].copy()
-    for col in CATEGORICAL:
-        cats = countries if col == COUNTRY else sorted(allowed_string_codes(col), key=int)
-        x[col] = pd.Categorical(x[col], categories=cats)
-    return x
-
-
-def fit(train: pd.DataFrame, countries: list[str], seed: int) -> xgb.XGBClassifier:
-    """Fixed-parameter XGBoost with early stopping on a random 20% validation split."""
-    rng = np.random.default_rng(seed)
-    val = rng.random(len(train)) < 0.2
-    model = xgb.XGBClassifier(
-        n_estimators=400,
-        learning_rate=0.05,
-        max_depth=5,
-        tree_method="hist",
-        enable_categorical=True,
-        early_stopping_rounds=30,
-        eval_metric="logloss",
-        n_jobs=2,
-        random_state=seed,
-    )
-    x = to_matrix(train, countries)
-    y = train[LABEL].to_numpy()
-    model.fit(x[~val], y[~val], eval_set=[(x[val], y[val])], verbose=False)
-    return model
-
-
-def auc(model: xgb.XGBClassifier, df: pd.DataFrame, countries: list[str]) -> float:
-    return float(roc_auc_score(df[LABEL], model.predict_proba(to_matrix(df, countries))[:, 1]))
+from poleng.contract import COUNTRY, LABEL
 
 
 def figures(seed: int, rows: int, countries: int) -> dict[str, float]:
@@ -65,37 +28,25 @@ def figures(seed: int, rows: int, countries: int) -> dict[str, float]:
     t0 = time.perf_counter()
     splits = synth.split_source(df, seed=seed)
     t_split = time.perf_counter() - t0
-    cats = sorted(df[COUNTRY].unique(), key=int)
+    t0 = time.perf_counter()
+    f = synth.transfer_figures(splits, seed=seed)
+    t_fits = time.perf_counter() - t0
     late = df[COUNTRY].astype(int).to_numpy() >= 500
-    later_all = pd.concat([*splits.field, splits.later_eval, splits.later_pool], ignore_index=True)
-
-    t0 = time.perf_counter()
-    first = fit(splits.train, cats, seed)
-    t_fit1 = time.perf_counter() - t0
-    a = auc(first, splits.holdout, cats)
-    b = auc(first, later_all, cats)
-    b_eval = auc(first, splits.later_eval, cats)
-    t0 = time.perf_counter()
-    second = fit(pd.concat([splits.train, *splits.field], ignore_index=True), cats, seed)
-    t_fit2 = time.perf_counter() - t0
-    c = auc(second, splits.later_eval, cats)
-    c_hold = auc(second, splits.holdout, cats)
     y = df[LABEL].to_numpy()
     return {
-        "a": a,
-        "b": b,
-        "b_eval": b_eval,
-        "c": c,
-        "c_holdout": c_hold,
+        "a": f.initial,
+        "b": f.later,
+        "b_eval": f.later_eval,
+        "c": f.retrained_later,
+        "c_holdout": f.retrained_initial,
         "oracle_initial": float(roc_auc_score(y[~late], logit[~late])),
         "oracle_later": float(roc_auc_score(y[late], logit[late])),
         "label_rate": float(y.mean()),
-        "rounds_1": float(first.best_iteration + 1),
-        "rounds_2": float(second.best_iteration + 1),
+        "rounds_1": float(f.rounds[0]),
+        "rounds_2": float(f.rounds[1]),
         "t_generate": t_gen,
         "t_split": t_split,
-        "t_fit_1": t_fit1,
-        "t_fit_2": t_fit2,
+        "t_fits": t_fits,
     }
 
 
@@ -121,8 +72,7 @@ def main() -> None:
     print(f"gap a-b = {f['a'] - f['b']:.4f}; |c-a| = {abs(f['c'] - f['a']):.4f}")
     print(
         f"timings: generate {f['t_generate']:.2f}s, split {f['t_split']:.2f}s, "
-        f"fit 1 {f['t_fit_1']:.1f}s ({f['rounds_1']:.0f} rounds), "
-        f"fit 2 {f['t_fit_2']:.1f}s ({f['rounds_2']:.0f} rounds)"
+        f"two fits {f['t_fits']:.1f}s ({f['rounds_1']:.0f} and {f['rounds_2']:.0f} rounds)"
     )
 
 

@@ -638,3 +638,69 @@ def load_splits(directory: Path | str) -> Splits:
     field_paths = sorted(directory.glob("field_*.parquet"), key=lambda p: int(p.stem.split("_")[1]))
     frames = {n: _read_frame(directory / f"{n}.parquet") for n in names}
     return Splits(field=[_read_frame(p) for p in field_paths], **frames)
+
+
+# --------------------------------------------------------------------------------------------
+# The generator's headline figures (used by bench/generator_figures.py and the data tests)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TransferFigures:
+    """ROC AUCs of a fixed-parameter XGBoost: how the initial model transfers, how retraining recovers."""
+
+    initial: float  # (a) trained on `train`, scored on the initial holdout
+    later: float  # (b) the same model on every later-country row
+    later_eval: float  # the same model on `later_eval` only
+    initial_pool: float  # the same model on the initial pool (a second initial-study sample)
+    retrained_later: float  # (c) retrained on train + field chunks, scored on `later_eval`
+    retrained_initial: float  # the retrained model on the initial holdout
+    rounds: tuple[int, int]  # boosting rounds kept by early stopping (first, retrained)
+
+
+def transfer_figures(splits: Splits, *, seed: int = 0) -> TransferFigures:
+    """Fit the fixed-parameter reference model twice and measure the transfer figures.
+
+    The model (learning rate 0.05, depth 5, <= 400 rounds, early stopping on a random 20 % of the
+    training rows, native categoricals over fixed category sets) is deliberately not the
+    project's tuned pipeline: it measures the *data*, independently of tuning.
+    """
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    from poleng.contract import CATEGORICAL, FEATURES, allowed_string_codes
+
+    frames = [splits.train, splits.holdout, splits.initial_pool, *splits.field, splits.later_eval,
+              splits.later_pool]
+    countries = sorted(set().union(*(set(f[COUNTRY]) for f in frames)), key=int)
+
+    def matrix(df: pd.DataFrame) -> pd.DataFrame:
+        x = df[FEATURES].copy()
+        for col in CATEGORICAL:
+            cats = countries if col == COUNTRY else sorted(allowed_string_codes(col), key=int)
+            x[col] = pd.Categorical(x[col], categories=cats)
+        return x
+
+    def fit(train: pd.DataFrame) -> xgb.XGBClassifier:
+        val = np.random.default_rng(seed).random(len(train)) < 0.2
+        model = xgb.XGBClassifier(
+            n_estimators=400, learning_rate=0.05, max_depth=5, tree_method="hist", enable_categorical=True,
+            early_stopping_rounds=30, eval_metric="logloss", n_jobs=2, random_state=seed,
+        )
+        x, y = matrix(train), train[LABEL].to_numpy()
+        model.fit(x[~val], y[~val], eval_set=[(x[val], y[val])], verbose=False)
+        return model
+
+    def auc(model: xgb.XGBClassifier, df: pd.DataFrame) -> float:
+        return float(roc_auc_score(df[LABEL], model.predict_proba(matrix(df))[:, 1]))
+
+    later_all = pd.concat([*splits.field, splits.later_eval, splits.later_pool], ignore_index=True)
+    first = fit(splits.train)
+    second = fit(pd.concat([splits.train, *splits.field], ignore_index=True))
+    return TransferFigures(
+        initial=auc(first, splits.holdout),
+        later=auc(first, later_all),
+        later_eval=auc(first, splits.later_eval),
+        initial_pool=auc(first, splits.initial_pool),
+        retrained_later=auc(second, splits.later_eval),
+        retrained_initial=auc(second, splits.holdout),
+        rounds=(int(first.best_iteration) + 1, int(second.best_iteration) + 1),
+    )

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import xgboost as xgb
-from sklearn.metrics import roc_auc_score
 
 from poleng import contract, synth
 from poleng.contract import CATEGORICAL, COUNTRY, FEATURES, LABEL, NUMERICAL, SUBJECT_ID, TABLE_COLUMNS
@@ -276,52 +274,12 @@ def test_save_and_load_round_trip(splits: synth.Splits, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # The point of the generator: poor transfer to the later countries, recovery with their labels
 # --------------------------------------------------------------------------------------------
-def _matrix(df: pd.DataFrame, countries: list[str]) -> pd.DataFrame:
-    x = df[FEATURES].copy()
-    for col in CATEGORICAL:
-        cats = countries if col == COUNTRY else sorted(contract.allowed_string_codes(col), key=int)
-        x[col] = pd.Categorical(x[col], categories=cats)
-    return x
-
-
-def _fit(train: pd.DataFrame, countries: list[str], seed: int = 0) -> xgb.XGBClassifier:
-    """Fixed-parameter XGBoost, early stopping on a random 20% of the training rows."""
-    val = np.random.default_rng(seed).random(len(train)) < 0.2
-    model = xgb.XGBClassifier(
-        n_estimators=400,
-        learning_rate=0.05,
-        max_depth=5,
-        tree_method="hist",
-        enable_categorical=True,
-        early_stopping_rounds=30,
-        eval_metric="logloss",
-        n_jobs=2,
-        random_state=seed,
-    )
-    x, y = _matrix(train, countries), train[LABEL].to_numpy()
-    model.fit(x[~val], y[~val], eval_set=[(x[val], y[val])], verbose=False)
-    return model
-
-
-def _auc(model: xgb.XGBClassifier, df: pd.DataFrame, countries: list[str]) -> float:
-    return float(roc_auc_score(df[LABEL], model.predict_proba(_matrix(df, countries))[:, 1]))
-
-
 @pytest.mark.slow
 def test_initial_model_transfers_poorly_and_recovers_with_field_labels() -> None:
-    df = synth.generate(seed=42, rows=30_000)
-    s = synth.split_source(df, seed=42)
-    countries = sorted(df[COUNTRY].unique(), key=int)
-    later_all = pd.concat([*s.field, s.later_eval, s.later_pool], ignore_index=True)
-
-    first = _fit(s.train, countries)
-    a = _auc(first, s.holdout, countries)
-    b = _auc(first, later_all, countries)
-    second = _fit(pd.concat([s.train, *s.field], ignore_index=True), countries)
-    c = _auc(second, s.later_eval, countries)
-
+    f = synth.transfer_figures(synth.split_source(synth.generate(seed=42, rows=30_000), seed=42))
+    a, b, c = f.initial, f.later, f.retrained_later
     assert 0.72 <= a <= 0.84, f"(a) initial holdout AUC {a:.3f}"
     assert a - b >= 0.12, f"(b) later AUC {b:.3f} is not far enough below (a) {a:.3f}"
     assert abs(c - a) <= 0.04, f"(c) retrained later AUC {c:.3f} vs (a) {a:.3f}"
     # a table without the later regime would fail the gap: the later rows must really differ
-    assert _auc(first, s.initial_pool, countries) - b >= 0.12
+    assert f.initial_pool - b >= 0.12
