@@ -179,9 +179,10 @@ def reset(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for co
     from poleng import lifecycle
 
     s = _settings()
-    if not yes and not typer.confirm(f"Delete everything under {s.home}?"):
+    if not yes and not typer.confirm(f"Delete everything under {s.home} (except the native stack's stack/)?"):
         raise typer.Exit(1)
-    removed = lifecycle.reset(s)
+    # The native stack's own data (PostgreSQL, S3, logs) has its own lifecycle: `poleng stack down`.
+    removed = lifecycle.reset(s, keep=(s.home / "stack",))
     console.print(f"reset {s.home}: removed {len(removed)} entries")
 
 
