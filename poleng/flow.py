@@ -166,7 +166,20 @@ class _Context:
 
 
 def process_file(path: Path, ctx: _Context) -> BatchResult:
-    """Claim one inbox file and carry it to scored, quarantined, duplicate or retryable."""
+    """Claim one inbox file and carry it to scored, quarantined, duplicate or retryable.
+
+    A file that disappears before we own it was taken by another worker (listed by both, moved by
+    the other): that is reported as ``gone``, not as an error.
+    """
+    try:
+        return _process_file(path, ctx)
+    except FileNotFoundError:
+        if path.exists():
+            raise
+        return BatchResult(file_name=path.name, batch_id="", status="gone", reason="handled by another worker")
+
+
+def _process_file(path: Path, ctx: _Context) -> BatchResult:
     s, ledger = ctx.settings, ctx.ledger
     batch_id = datasets.file_hash(path)
     result = BatchResult(file_name=path.name, batch_id=batch_id, status="")

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -323,7 +325,16 @@ class Ledger:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            # Switching to WAL needs a lock that SQLite does not wait for (no busy handler): when
+            # several processes open a new ledger at once it can fail with "database is locked".
+            for attempt in range(100):
+                try:
+                    cur.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.close()
 

@@ -21,6 +21,7 @@ from tests.pg import isolated_schema
 def stage(s: Settings, name: str, start: int, rows: int = 2500) -> Path:
     pool = lifecycle.prepare_source(s).initial_pool
     frame = pool.iloc[start:start + rows][contract.BATCH_COLUMNS]
+    assert len(frame) == rows, f"the initial pool has only {len(pool)} rows"
     s.inbox.mkdir(parents=True, exist_ok=True)
     path = s.inbox / name
     scoring.write_table(frame, path)
@@ -101,7 +102,7 @@ def test_sigkill_mid_batch_then_resume(fresh_state: Settings, step: str) -> None
 
 def test_two_processes_on_one_inbox_never_share_a_batch(fresh_state: Settings) -> None:
     s = fresh_state
-    paths = [stage(s, f"w{i}.parquet", i * 2000, rows=2000) for i in range(4)]
+    paths = [stage(s, f"w{i}.parquet", i * 600, rows=600) for i in range(4)]
     ids = {flow.datasets.file_hash(p) for p in paths}
     env = subprocess_env(s)
     procs = [subprocess.Popen([sys.executable, "-m", "poleng", "process"], stdout=subprocess.PIPE,
@@ -109,6 +110,7 @@ def test_two_processes_on_one_inbox_never_share_a_batch(fresh_state: Settings) -
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert not list(s.inbox.glob("*.parquet"))
+    assert not list(s.quarantine.glob("*"))
     assert len(contact_sets(s)) == 4
     for batch_id in ids:
         assert completed_events(s, batch_id) == 1
@@ -117,6 +119,19 @@ def test_two_processes_on_one_inbox_never_share_a_batch(fresh_state: Settings) -
     ledger.close()
     owners = {e.detail.split("owner=")[-1] for e in events if e.event == "completed"}
     assert len(owners) >= 1
+    # Every file each worker saw was scored by it, or reported as another worker's.
+    for out, _ in outs:
+        assert "Traceback" not in out
+
+
+def test_a_file_taken_by_another_worker_is_reported_gone(fresh_state: Settings) -> None:
+    s = fresh_state
+    path = stage(s, "g.parquet", 0)
+    path.unlink()  # listed, then moved away by another worker before this one hashed it
+    ledger = Ledger(s.resolved_ledger_url)
+    result = flow.process_file(path, flow._Context(s, ledger, "w"))
+    ledger.close()
+    assert result.status == "gone" and result.reason == "handled by another worker"
 
 
 def test_flow_on_a_postgresql_ledger(fresh_state: Settings, pg_url: str) -> None:
