@@ -104,15 +104,11 @@ def process_inbox(
     *,
     owner: str | None = None,
     progress: bool = False,
-    on_result: Callable[[BatchResult], None] | None = None,
-    stop_after: int | None = None,
 ) -> list[BatchResult]:
     """Process every file waiting in ``inbox/`` once; return one result per file looked at."""
     settings.ensure_dirs()
     owner = owner or owner_id()
     files = inbox_files(settings)
-    if stop_after is not None:
-        files = files[:stop_after]
     if files:
         from poleng import scoring
 
@@ -124,10 +120,7 @@ def process_inbox(
         bar = _Bar(progress, len(files))
         for path in files:
             bar.step(path.name)
-            result = process_file(path, ctx)
-            results.append(result)
-            if on_result:
-                on_result(result)
+            results.append(process_file(path, ctx))
         bar.close()
     finally:
         ledger.close()
@@ -497,8 +490,11 @@ def retrain_on_drift(s: Settings, *, progress: bool = False) -> dict[str, object
     from poleng import lifecycle
 
     pending = _pending_path(s)
-    if pending.exists():
+    if pending.exists():  # a retrain interrupted after its merge: finish moving its files, then train
         plan = json.loads(pending.read_text())
+        for name in plan["files"]:
+            if (s.field_studies / name).exists():
+                _move(s.field_studies / name, s.field_used / str(plan["training_hash"])[:12], name)
     else:
         plan = _merge_field_data(s)
         if plan is None:
@@ -556,13 +552,3 @@ def _merge_field_data(s: Settings) -> dict[str, object] | None:
     for f in good:
         _move(f, used, f.name)
     return plan
-
-
-def ledger_rows(s: Settings, limit: int | None = 50) -> list[object]:
-    ledger = Ledger(s.resolved_ledger_url)
-    try:
-        return list(ledger.list(limit))
-    finally:
-        ledger.close()
-
-

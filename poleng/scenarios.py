@@ -58,10 +58,6 @@ class Scenario:
         return [s for s in self.steps if s.kind == "batch"]
 
 
-def scenario_dir(settings: Settings | None = None) -> Path:
-    return SCENARIO_DIR
-
-
 def available() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
 

@@ -325,8 +325,4 @@ class _progress:
             self._bar.__exit__(*exc)  # type: ignore[arg-type]
 
 
-def score_with(model: EngagementModel, df: pd.DataFrame) -> np.ndarray:
-    return model.score(df)
-
-
 __all__ = ["TrainResult", "train", "evaluate", "search_space", "split_for_training", "FeatureSpec"]
