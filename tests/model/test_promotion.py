@@ -92,3 +92,20 @@ def test_promotion_then_rollback(fresh_state: Settings) -> None:
     assert "rolled_back_at" in registry.version_tags(s, "2")
     scoring.clear_cache()
     assert scoring.load_champion(s).version == "1"
+
+
+def test_retrain_interrupted_after_the_merge_resumes_without_merging_twice(fresh_state: Settings) -> None:
+    s = fresh_state
+    splits = lifecycle.prepare_source(s)
+    s.field_studies.mkdir(parents=True, exist_ok=True)
+    for i, chunk in enumerate(splits.field):
+        scoring.write_table(chunk, s.field_studies / f"chunk{i}.parquet")
+    plan = flow._merge_field_data(s)  # the merge happened, then the process died before training
+    assert plan is not None and (s.datasets / "pending_retrain.json").exists()
+    used = s.field_used / str(plan["training_hash"])[:12]
+    (used / "chunk0.parquet").rename(s.field_studies / "chunk0.parquet")  # ... even before moving them all
+    result = flow.retrain_on_drift(s, progress=False)
+    assert result is not None and result["training_set"] == str(plan["training_hash"])[:12]
+    assert not flow.waiting_field_files(s) and len(list(used.glob("*.parquet"))) == len(splits.field)
+    assert not (s.datasets / "pending_retrain.json").exists()
+    assert flow.retrain_on_drift(s, progress=False) is None  # nothing left to merge
