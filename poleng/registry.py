@@ -114,9 +114,9 @@ class Decision:
 # Registry access
 # ---------------------------------------------------------------------------------------------
 def client(settings: Settings) -> MlflowClient:
+    tracking.configure(settings)  # first: it also silences MLflow's import-time warnings
     from mlflow import MlflowClient
 
-    tracking.configure(settings)
     uri = settings.resolved_tracking_uri
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
