@@ -198,10 +198,7 @@ def _process_file(path: Path, ctx: _Context) -> BatchResult:
     # We own the batch now.
     try:
         return _process_claimed(path, batch_id, ctx, result)
-    except BatchRejected as exc:
-        _quarantine(path, ctx, batch_id, exc.reason, str(exc), result)
-        return result
-    except ContractError as exc:
+    except ContractError as exc:  # BatchRejected included: the input's fault, never retried
         _quarantine(path, ctx, batch_id, exc.reason, str(exc), result)
         return result
     except Exception as exc:  # infrastructure trouble: leave the file for a later retry
