@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
 
 LABEL = "political_engagement"
 SUBJECT_ID = "subject_id"
@@ -209,23 +211,42 @@ def _coerce(df: pd.DataFrame, columns: list[str], label: bool) -> _Coerced:
     return _Coerced(out, errors)
 
 
-def _domain_masks(df: pd.DataFrame, columns: list[str], label: bool) -> dict[str, pd.Series]:
-    """column -> mask of non-missing values outside the contract's codes."""
-    masks: dict[str, pd.Series] = {}
-    for col in columns:
-        s = df[col]
-        present = s.notna()
-        if col == COUNTRY:
-            ok = valid_country(s)
-        elif col in STRING_CODES:
-            ok = s.isin(allowed_string_codes(col))
-        else:
-            lo, hi = INTEGER_CODES[col]
-            ok = (s >= lo) & (s <= hi)
-        masks[col] = present & ~ok.fillna(False).astype(bool)
+@lru_cache(maxsize=2)
+def code_schema(label: bool) -> pa.DataFrameSchema:
+    """The contract's value domains as a pandera schema (missing values are checked separately).
+
+    String codes must be one of the contract's codes, integers inside their range, the country an
+    ISO 3166-1 numeric code written as a string, the label 0 or 1. Columns arrive already coerced
+    to canonical dtypes (``_coerce``), so the schema checks values, not storage types.
+    """
+    columns: dict[str, pa.Column] = {
+        COUNTRY: pa.Column(object, pa.Check(lambda s: valid_country(s), element_wise=False), nullable=True),
+    }
+    for col in STRING_CODES:
+        columns[col] = pa.Column(object, pa.Check.isin(sorted(allowed_string_codes(col))), nullable=True)
+    for col, (lo, hi) in INTEGER_CODES.items():
+        columns[col] = pa.Column("Int64", pa.Check.in_range(lo, hi), nullable=True)
     if label:
-        s = df[LABEL]
-        masks[LABEL] = s.notna() & ~s.isin([0, 1]).fillna(False).astype(bool)
+        columns[LABEL] = pa.Column("Int64", pa.Check.isin([0, 1]), nullable=True)
+    return pa.DataFrameSchema(columns, strict=False, coerce=False)
+
+
+def _domain_masks(df: pd.DataFrame, columns: list[str], label: bool) -> dict[str, pd.Series]:
+    """column -> mask of non-missing values outside the contract's codes (from the pandera schema)."""
+    cols = [*columns, *([LABEL] if label else [])]
+    masks = {col: pd.Series(False, index=df.index) for col in cols}
+    frame = df[cols].copy()
+    for col in cols:
+        if col in INTEGER_CODES or col == LABEL:
+            frame[col] = frame[col].astype("Int64")
+    try:
+        code_schema(label).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        cases = cases[cases["index"].notna() & cases["column"].isin(cols)]
+        for col, rows in cases.groupby("column")["index"]:
+            masks[str(col)] = df.index.isin(rows.astype(df.index.dtype).to_numpy()) & df[col].notna().to_numpy()
+            masks[str(col)] = pd.Series(masks[str(col)], index=df.index)
     return masks
 
 
