@@ -43,7 +43,8 @@ def main() -> None:
         print(f"initialising {home} (90k generated rows, quick profile) ...", flush=True)
         lifecycle.init_project(s, progress=False)
     splits = lifecycle.prepare_source(s)
-    pools = scenarios._Pools(splits, seed=7)
+    # A new seed each run: identical batches on a reused state would (rightly) be duplicates.
+    pools = scenarios._Pools(splits, seed=time.time_ns() % 2**32)
 
     def batch(rows: int) -> scenarios.pd.DataFrame:
         return pools.batch(scenarios.Step(kind="batch", rows=rows, mix={"initial_pool": 1.0}))
