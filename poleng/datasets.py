@@ -55,6 +55,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _write_once(df: pd.DataFrame, path: Path) -> None:
+    """Write ``path`` read-only, atomically, unless it exists (its name is its content's hash)."""
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, path)
+
+
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     """Training tables keep contract columns only, in contract order."""
     return df[TABLE_COLUMNS].reset_index(drop=True)
@@ -69,11 +79,7 @@ def store(df: pd.DataFrame, settings: Settings, *, parents: list[str] | None = N
     path = settings.datasets / f"{digest}.parquet"
     manifest = settings.datasets / f"{digest}.json"
     ts = TrainingSet(digest, path, len(df), int(df[LABEL].sum()), parents or [], sources or [])
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
+    _write_once(df, path)
     if not manifest.exists():
         meta = {**asdict(ts), "path": str(path), "created": datetime.now(UTC).isoformat()}
         atomic_write_bytes(manifest, json.dumps(meta, indent=1).encode())
@@ -122,11 +128,7 @@ def store_eval_slice(df: pd.DataFrame, settings: Settings, *, make_current: bool
     df = _canonical(df)
     digest = content_hash(df)
     path = settings.datasets / f"eval-{digest}.parquet"
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
+    _write_once(df, path)
     if make_current:
         set_current_eval_slice(settings, digest)
     return digest
