@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poleng.contract import CATEGORICAL, FEATURES, NUMERICAL
+from poleng.contract import CATEGORICAL, FEATURES
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,3 @@ def unseen_codes(df: pd.DataFrame, spec: FeatureSpec) -> dict[str, dict[str, int
         if len(new):
             found[col] = {str(k): int(v) for k, v in new.items()}
     return found
-
-
-__all__ = ["FeatureSpec", "fit_spec", "transform", "unseen_codes", "NUMERICAL"]

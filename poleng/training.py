@@ -22,7 +22,7 @@ import pandas as pd
 from poleng import tracking
 from poleng.contract import FEATURES, LABEL
 from poleng.datasets import TrainingSet
-from poleng.features import FeatureSpec, fit_spec, transform
+from poleng.features import fit_spec, transform
 from poleng.model import BOOSTER_FILE, SPEC_FILE, EngagementModel
 from poleng.settings import Settings
 
@@ -323,6 +323,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._bar.__exit__(*exc)  # type: ignore[arg-type]
-
-
-__all__ = ["TrainResult", "train", "evaluate", "search_space", "split_for_training", "FeatureSpec"]
